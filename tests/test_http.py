@@ -634,7 +634,8 @@ def test_released_watch_does_not_fire() -> None:
 
 
 def test_errors_that_are_bugs_are_not_described() -> None:
-    check = monitor_http._Check(make_monitor(url="http://x/"), time.perf_counter, None)  # type: ignore[arg-type]
+    monitor = make_monitor(url="http://x/")
+    check = monitor_http._Check(monitor, monitor.deadline, time.perf_counter, None)  # type: ignore[arg-type]
     assert describe_error(KeyError("bug"), check) is None
     assert describe_error(ValueError("bug"), check) is None
 
