@@ -17,6 +17,7 @@ from monitor.http import Fetcher
 from monitor.logs import configure_logging
 from monitor.recording import log_result
 from monitor.settings import ConfigError, Monitor, Settings, load_settings, render_config
+from monitor.supervisor import run_daemon
 
 EXIT_OK = 0
 EXIT_DOWN = 1
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"monitor {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "run", parents=[common], help="run the daemon in the foreground (systemd runs this)"
+    )
     check = commands.add_parser(
         "check",
         parents=[common],
@@ -63,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         sys.stdout.write(render_config(settings))
         return EXIT_OK
+    if args.command == "run":
+        return run_daemon(
+            settings, environ=dict(os.environ), env_file=getattr(args, "env_file", None)
+        )
     return check_monitors(settings, args.names)
 
 
