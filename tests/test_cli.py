@@ -16,11 +16,18 @@ REPO = Path(__file__).resolve().parent.parent
 SECRET = "hunter2-do-not-print"
 
 
+FORGED = (
+    "Oops\x1b[2K\r2026-12-03 21:00:00.000 | INFO     | forged | GET http://x/ 200 1 B 0.001 s up"
+)
+
+
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         status = 200 if self.path.startswith("/ok") else 503
         body = b"fine\n" if status == 200 else b"down\n"
-        self.send_response(status)
+        # A reason phrase is the server's to choose: this one tries to rewrite the terminal line
+        # and to forge a second log line.
+        self.send_response(status, FORGED if self.path == "/forged" else None)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -143,3 +150,14 @@ def test_the_shipped_settings_env_checks_its_two_monitors() -> None:
     for line in lines:
         assert line.endswith(" up") or re.search(r" down reason=[a-z_]+ \S", line), line
     assert done.returncode == (0 if all(line.endswith(" up") for line in lines) else 1)
+
+
+def test_a_forged_reason_phrase_is_escaped_on_one_line(server: str, tmp_path: Path) -> None:
+    done = run_monitor(
+        "check", env={"MONITOR_MONITORS__EVIL__URL": f"{server}/forged"}, cwd=tmp_path
+    )
+    assert done.returncode == 1
+    assert done.stdout.count("\n") == 1
+    assert "\x1b" not in done.stdout
+    assert "\r" not in done.stdout
+    assert "(Oops\\x1b[2K\\r2026-12-03 21:00:00.000 | INFO     | forged |" in done.stdout
