@@ -98,6 +98,11 @@ def check_monitor_name(name: str) -> str | None:
     )
 
 
+def _upper(value: object) -> object:
+    """Before validation: a name given in any case (GET, get; info, INFO)."""
+    return value.upper() if isinstance(value, str) else value
+
+
 class StatusSet:
     """The expected status codes, parsed from ``200-399`` or ``200,204,300-399``."""
 
@@ -260,10 +265,7 @@ class Monitor(BaseModel):
         assert self.timeout is not None  # filled by _default_timeout
         return self.timeout
 
-    @field_validator("method", mode="before")
-    @classmethod
-    def _upper_method(cls, value: object) -> object:
-        return value.upper() if isinstance(value, str) else value
+    _upper_method = field_validator("method", mode="before")(_upper)
 
     @field_validator("url")
     @classmethod
@@ -485,10 +487,7 @@ class Settings(BaseSettings):
             raise ValueError(NO_MONITORS)
         return {name: monitor.with_name(name) for name, monitor in value.items()}
 
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _upper_log_level(cls, value: object) -> object:
-        return value.upper() if isinstance(value, str) else value
+    _upper_log_level = field_validator("log_level", mode="before")(_upper)
 
     @field_validator("log_rotation")
     @classmethod

@@ -1,17 +1,13 @@
 """The grid, the pool size, and a share's schedule on a real BackgroundScheduler."""
 
 import io
-import logging
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
 import pytest
-from loguru import logger
 
-from monitor.logs import configure_logging
 from monitor.scheduling import (
     GRID_EPOCH,
     NEXT_DUE_GUARD,
@@ -29,15 +25,6 @@ from monitor.scheduling import (
 from monitor.settings import Monitor, make_monitor
 
 NOW = datetime(2026, 12, 3, 21, 0, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def log() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    configure_logging(level="DEBUG", json=False, stream=stream)
-    yield stream
-    logger.remove()
-    logging.basicConfig(handlers=[], force=True)
 
 
 def monitor(name: str, interval: float = 0.2, **fields: object) -> Monitor:

@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -83,15 +83,6 @@ def echo_shares(spec: WorkerSpec, conn: Connection, heartbeat: Heartbeat) -> Non
 
 
 # Driving the loop.
-
-
-@pytest.fixture
-def log() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    configure_logging(level="DEBUG", json=False, stream=stream)
-    yield stream
-    logger.remove()
-    logging.basicConfig(handlers=[], force=True)
 
 
 def settings_for(tmp_path: Path, names: list[str], **daemon: str) -> Settings:
