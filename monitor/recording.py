@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
 from monitor.results import CheckResult
 from monitor.settings import display_url
+
+if TYPE_CHECKING:
+    from loguru import Record
 
 
 def describe_result(result: CheckResult) -> str:
@@ -43,6 +46,16 @@ def result_fields(result: CheckResult) -> dict[str, Any]:
 
 
 def log_result(result: CheckResult) -> None:
-    """Write the check's one line: INFO when up, WARNING when down."""
+    """Write the check's one line: INFO when up, WARNING when down.
+
+    The line is stamped with the time the check ended, not the time it was written: a worker's
+    results reach the supervisor's log a little later, in batches.
+    """
     level = "INFO" if result.ok else "WARNING"
-    logger.bind(**result_fields(result)).log(level, describe_result(result))
+    ended = result.started.timestamp() + result.elapsed
+
+    def stamp(record: Record) -> None:
+        # Through the record's own class: loguru's datetime knows its format tokens.
+        record["time"] = record["time"].fromtimestamp(ended, tz=record["time"].tzinfo)
+
+    logger.bind(**result_fields(result)).patch(stamp).log(level, describe_result(result))

@@ -50,6 +50,8 @@ def test_an_up_check_reads_as_in_the_design() -> None:
     assert match["level"] == "INFO"
     assert match["monitor"] == "example"
     assert match["msg"] == "GET http://example.com 200 648 B 0.067 s up"
+    # Stamped when the check ended (started + elapsed), not when the line was written.
+    assert stream.getvalue().startswith("2026-12-03 21:00:00.190 | INFO")
 
 
 def test_a_down_check_logs_a_warning_with_its_reason() -> None:
