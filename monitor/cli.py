@@ -18,6 +18,7 @@ from monitor.logs import configure_logging
 from monitor.recording import log_result
 from monitor.settings import ConfigError, Monitor, Settings, load_settings, render_config
 from monitor.supervisor import run_daemon
+from monitor.systemd import take_notifier
 
 EXIT_OK = 0
 EXIT_DOWN = 1
@@ -68,9 +69,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(render_config(settings))
         return EXIT_OK
     if args.command == "run":
-        return run_daemon(
-            settings, environ=dict(os.environ), env_file=getattr(args, "env_file", None)
-        )
+        # Taken out of os.environ before any worker is spawned: workers must not inherit them.
+        notifier = take_notifier(os.environ, os.getpid())
+        try:
+            return run_daemon(
+                settings,
+                environ=dict(os.environ),
+                env_file=getattr(args, "env_file", None),
+                notifier=notifier,
+            )
+        finally:
+            notifier.close()
     return check_monitors(settings, args.names)
 
 

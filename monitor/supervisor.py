@@ -40,7 +40,7 @@ from monitor import __version__
 from monitor.logs import FileOptions, configure_logging
 from monitor.recording import log_result
 from monitor.results import CheckResult
-from monitor.settings import ConfigError, Monitor, Settings, load_settings
+from monitor.settings import ConfigError, Monitor, Settings, load_settings, parse_env_file
 from monitor.sharing import share_out
 from monitor.signals import SignalInbox
 from monitor.states import (
@@ -55,6 +55,12 @@ from monitor.states import (
     restart_due,
     spawned,
     stop_requested,
+)
+from monitor.systemd import (
+    NULL_NOTIFIER,
+    Notifier,
+    reloading_message,
+    without_env_file_values,
 )
 from monitor.worker import LogEntry, Share, WorkerSpec, run_worker
 
@@ -71,6 +77,11 @@ KILL_GRACE = 2.0  # seconds from SIGTERM to SIGKILL for a worker that stopped ma
 POLL_INTERVAL = 0.25  # seconds between looks at the heartbeats
 STOP_MARGIN = 0.5  # seconds of the shutdown timeout kept for writing what the workers sent
 LINK_CLOSE_TIMEOUT = 5.0  # seconds to read what an exited worker left in its pipe
+# A running worker beats at least every second (its scheduler's tick). Systemd's watchdog is
+# pinged only while every worker beat within this (or the heartbeat timeout, if shorter), so a
+# stuck worker stops the pings before the supervisor replaces it; and one it cannot replace (a
+# process that SIGKILL does not end) lets the watchdog restart the whole service.
+HEARTBEAT_FRESH = 3.0
 DAEMON_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # Settings a reload (SIGHUP) applies at once; a change to any other is logged as waiting for the
 # next restart (the log file, its level and format, the state directory).
@@ -101,11 +112,15 @@ class Recorder:
     """Runs the sinks for everything the workers send, in order, on one thread.
 
     For now the one sink is the log line (``recording.log_result``); a worker's own log records
-    are written as if logged here, keeping their level, origin and fields.
+    are written as if logged here, keeping their level, origin and fields. It also keeps the
+    count of checks and each monitor's latest verdict, for systemd's STATUS= line.
     """
 
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[CheckResult | LogEntry | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._checks = 0
+        self._latest: dict[str, bool] = {}
         self._thread = threading.Thread(target=self._record_all, name="recorder", daemon=True)
         self._thread.start()
 
@@ -117,8 +132,21 @@ class Recorder:
         self._queue.put(None)
         self._thread.join()
 
+    def tally(self, names: Iterable[str]) -> tuple[int, int, int]:
+        """Checks recorded so far, and how many of ``names`` were up and down at their latest."""
+        with self._lock:
+            latest = [self._latest[name] for name in names if name in self._latest]
+            return self._checks, latest.count(True), latest.count(False)
+
+    def _count(self, message: CheckResult | LogEntry) -> None:
+        if isinstance(message, CheckResult):
+            with self._lock:
+                self._checks += 1
+                self._latest[message.monitor] = message.ok
+
     def _record_all(self) -> None:
         while (message := self._queue.get()) is not None:
+            self._count(message)
             try:
                 record_message(message)
             except Exception:  # a bug in a sink must not stop the recording of the rest
@@ -215,7 +243,8 @@ class Supervisor:
 
     ``load`` re-reads the configuration for SIGHUP (raising ConfigError if it is invalid).
     ``target`` is the worker process's body, ``clock`` a monotonic clock shared with the workers'
-    heartbeats (CLOCK_MONOTONIC is system-wide on Linux), ``cpus`` the CPUs available.
+    heartbeats (CLOCK_MONOTONIC is system-wide on Linux), ``cpus`` the CPUs available,
+    ``notifier`` where READY=1, STATUS=, WATCHDOG=1, RELOADING=1 and STOPPING=1 go (systemd).
     """
 
     def __init__(
@@ -229,6 +258,7 @@ class Supervisor:
         policy: BackoffPolicy = DEFAULT_POLICY,
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
         context: SpawnContext = SPAWN,
+        notifier: Notifier = NULL_NOTIFIER,
     ) -> None:
         self.settings = settings
         self._load = load
@@ -243,6 +273,10 @@ class Supervisor:
         self._retiring: list[Slot] = []
         self._stopping = False
         self._exit_code = EXIT_OK
+        self._notifier = notifier
+        self._ready = False  # READY=1 sent since the start or the last reload
+        self._status = ""
+        self._next_ping = 0.0
 
     @property
     def slots(self) -> Sequence[Slot]:
@@ -259,12 +293,62 @@ class Supervisor:
                 now = self._clock()
                 self._reap_workers(now)
                 self._watch_workers(now)
+                self._notify_systemd(now)
         finally:
             self._kill_leftovers()
             self._recorder.close()
         return self._exit_code
 
     # The loop's parts.
+
+    def _notify_systemd(self, now: float) -> None:
+        """READY=1 once every worker runs; STATUS= when it changes; WATCHDOG=1 while healthy."""
+        message: dict[str, str] = {}
+        all_running = all(s.life.state is WorkerState.RUNNING for s in self._slots)
+        if not self._ready and not self._stopping and all_running:
+            self._ready = True
+            message["READY"] = "1"
+        status = self._describe_status()
+        if status != self._status:
+            self._status = message["STATUS"] = status
+        interval = self._notifier.watchdog_interval
+        if interval is not None and now >= self._next_ping and self._workers_fresh(now):
+            self._next_ping = now + interval
+            message["WATCHDOG"] = "1"
+        if message:
+            self._notifier.send(message)
+
+    def _describe_status(self) -> str:
+        """One line for ``systemctl status``: monitors, workers, up and down, checks so far."""
+        monitors = self.settings.monitors
+        running = sum(s.life.state is WorkerState.RUNNING for s in self._slots)
+        checks, up, down = self._recorder.tally(monitors)
+        if self._stopping:
+            state = "stopping"
+        elif running < len(self._slots):
+            state = f"{running} of {len(self._slots)} workers running"
+        else:
+            state = f"{len(self._slots)} workers running"
+        return f"{len(monitors)} monitors, {state}; {up} up, {down} down; {checks} checks"
+
+    def _workers_fresh(self, now: float) -> bool:
+        """Whether every worker made progress lately, or is being started within its deadline.
+
+        A worker waiting to restart (backoff) counts as fresh: the supervisor is handling it.
+        One being killed does not: if SIGKILL cannot end it, the watchdog must fire.
+        """
+        fresh = min(HEARTBEAT_FRESH, self._heartbeat_timeout())
+        for slot in self._all_slots():
+            state = slot.life.state
+            if slot.life.kill_at is not None and state is not WorkerState.STOPPING:
+                return False
+            if state is WorkerState.STARTING and now - slot.life.since > self._timeouts.boot:
+                return False
+            if state is WorkerState.RUNNING:
+                beat = 0.0 if slot.heartbeat is None else slot.heartbeat.value
+                if now - beat > fresh:
+                    return False
+        return True
 
     def _finished(self) -> bool:
         return self._stopping and not any(has_process(s.life) for s in self._all_slots())
@@ -278,6 +362,8 @@ class Supervisor:
 
     def _next_wait(self, now: float) -> float:
         deadlines = [self._timeouts.poll]
+        if self._notifier.watchdog_interval is not None and self._next_ping > now:
+            deadlines.append(self._next_ping - now)  # a ping overdue waits for fresh heartbeats
         for slot in self._all_slots():
             for deadline in (slot.life.restart_at, slot.life.kill_at):
                 if deadline is not None:
@@ -453,6 +539,7 @@ class Supervisor:
     def stop(self, why: str) -> None:
         """Graceful stop: no new checks; in-flight ones finish; SIGKILL at the shutdown timeout."""
         self._stopping = True
+        self._notifier.send({"STOPPING": "1", "STATUS": f"stopping: {why}"})
         budget = max(0.0, self.settings.shutdown_timeout - STOP_MARGIN)
         logger.info("stopping ({}): waiting up to {:g} s for checks in flight", why, budget)
         self._stop_slots(self._all_slots(), budget)
@@ -484,6 +571,8 @@ class Supervisor:
         Workers that stay get their new share over their pipe and reconcile their jobs in
         place; workers are started or stopped only if the worker count changes.
         """
+        self._notifier.send(reloading_message())
+        self._ready = False  # READY=1 again once every worker runs the new configuration
         try:
             new = self._load()
         except ConfigError as error:
@@ -619,18 +708,40 @@ def run_daemon(
     environ: Mapping[str, str],
     env_file: Path | None,
     cwd: Path | None = None,
+    notifier: Notifier = NULL_NOTIFIER,
 ) -> int:
     """``monitor run``: supervise the workers until stopped; return the exit code.
 
-    A reload (SIGHUP) reads the configuration as the start did: the same environment, env file
-    and working directory.
+    A reload (SIGHUP) reads the configuration as the start did: the same environment (less the
+    values it shares with the env file, see ``reload_environment``), env file and working
+    directory. ``notifier`` tells systemd how the daemon is doing.
     """
     configure_daemon_logging(settings)
     for warning in settings.warnings():
         logger.warning(warning)
-    load = partial(load_settings, environ=dict(environ), cwd=cwd or Path.cwd(), env_file=env_file)
-    supervisor = Supervisor(settings, load=load)
+    load = partial(
+        load_settings,
+        environ=reload_environment(environ, settings.env_file),
+        cwd=cwd or Path.cwd(),
+        env_file=env_file,
+    )
+    supervisor = Supervisor(settings, load=load, notifier=notifier)
     with SignalInbox(DAEMON_SIGNALS) as inbox:
         code = supervisor.serve(inbox)
     logger.info("monitor stopped (exit code {})", code)
     return code
+
+
+def reload_environment(environ: Mapping[str, str], env_file: Path | None) -> dict[str, str]:
+    """The environment a reload reads: without the MONITOR_* values the env file gave it.
+
+    systemd's ``EnvironmentFile=`` copies the env file into the environment, which outranks the
+    file, so without this a reload would never see the file change.
+    """
+    if env_file is None:
+        return dict(environ)
+    try:
+        text = env_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):  # read at start a moment ago; the reload will say why
+        return dict(environ)
+    return without_env_file_values(environ, parse_env_file(text).values)
