@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,8 +31,8 @@ from monitor.systemd import (
     watchdog_interval,
     without_env_file_values,
 )
+from tests.daemons import Daemon, monitors, wait_for
 from tests.servers import respond, serve
-from tests.test_daemon import Daemon, monitors, wait_for
 
 UNIT = Path(__file__).resolve().parents[1] / "deploy" / "monitor.service"
 INSTALLED_SCRIPT = "/opt/monitor/venv/bin/monitor"
@@ -100,20 +100,6 @@ def listener(request: pytest.FixtureRequest, socket_dir: Path) -> Iterator[Liste
     bound = Listener(address)
     yield bound
     bound.close()
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    started: list[Daemon] = []
-
-    def start(settings: Mapping[str, object], **environ: str) -> Daemon:
-        daemon = Daemon(tmp_path, settings, **environ)
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        daemon.close()
 
 
 def worker_environ(pid: int) -> dict[str, str]:
