@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.daemons import wait_for
 from tests.systemd.container import Container, build_wheels, ensure_rootfs, why_not_runnable
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -32,14 +33,6 @@ GOOD_SETTINGS = (
     "MONITOR_SHUTDOWN_TIMEOUT=5\n"
 )
 OTHER_MONITOR = f"MONITOR_MONITORS__OTHER__URL={WEB}/other\nMONITOR_MONITORS__OTHER__INTERVAL=0.5\n"
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
