@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from loguru import logger
 
@@ -116,40 +116,35 @@ def configure_logging(
             stream_filter = is_not_up_check
         else:
             stream_filter = None
-        _add_sink(stream, level=level, json=json, record_filter=stream_filter)
+        logger.add(stream, filter=stream_filter, **_sink_options(level, json))
     if check_stream is not None:
-        _add_sink(check_stream, level=level, json=json, record_filter=is_check_record)
+        logger.add(check_stream, filter=is_check_record, **_sink_options(level, json))
     if file is not None:
         file.path.parent.mkdir(parents=True, exist_ok=True)
         logger.add(
             file.path,
-            level=level,
-            format=format_json if json else format_text,
-            serialize=json,
             rotation=file.rotation or None,
             retention=file.retention or None,
             compression=file.compression or None,
             encoding="utf-8",
-            colorize=False,
+            **_sink_options(level, json),
         )
     if forward is not None:
         logger.add(forward, level=level, format="{message}", colorize=False, catch=False)
     route_stdlib_logging()
 
 
-def _add_sink(
-    stream: TextIO, *, level: str, json: bool, record_filter: Callable[[Record], bool] | None
-) -> None:
-    logger.add(
-        stream,
-        level=level,
-        format=format_json if json else format_text,
-        serialize=json,
-        filter=record_filter,
-        colorize=False,
-        backtrace=False,
-        diagnose=False,
-    )
+def _sink_options(level: str, json: bool) -> dict[str, Any]:
+    """What every sink of ours shares. ``diagnose=False``: loguru would otherwise print the
+    values of local variables in tracebacks, and a local may hold a password or a header."""
+    return {
+        "level": level,
+        "format": format_json if json else format_text,
+        "serialize": json,
+        "colorize": False,
+        "backtrace": False,
+        "diagnose": False,
+    }
 
 
 class _ToLoguru(logging.Handler):

@@ -160,3 +160,19 @@ def test_the_file_sink_writes_the_same_line(tmp_path: Path) -> None:
     lines = path.read_text().splitlines()
     assert len(lines) == 1
     assert lines[0].endswith("| example | GET http://example.com 200 648 B 0.067 s up")
+
+
+def test_a_traceback_in_the_log_file_shows_no_local_values(tmp_path: Path) -> None:
+    path = tmp_path / "monitor.log"
+    options = FileOptions(path=path, rotation="1 MB", retention=3, compression="")
+    configure_logging(level="INFO", json=False, file=options)
+    authorization = "Basic c2VjcmV0LXBhc3N3b3Jk"
+    try:
+        # With loguru's diagnose on, this line would be shown with the variable's value.
+        raise RuntimeError("a bug" if authorization else "")
+    except RuntimeError:
+        logger.exception("internal error with {} bytes of credentials", len(authorization))
+    logger.remove()
+    text = path.read_text()
+    assert "RuntimeError: a bug" in text
+    assert authorization not in text
